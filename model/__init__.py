@@ -1,0 +1,1 @@
+"""AXM-Net: the network, its preprocessing, checkpoints, training and evaluation."""

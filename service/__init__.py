@@ -1,0 +1,1 @@
+"""The application: FastAPI service, CLI, bulk ingest and reindex jobs."""
