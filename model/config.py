@@ -82,6 +82,9 @@ class AXMConfig:
     # depthwise, text: 1×3).
     receptive_fields: tuple[int, ...] = (3, 5, 7, 9)
     gate_reduction: int = 16
+    # Streams run at channels / stream_reduction between a 1×1 reduce and a 1×1 expand (OSNet-style
+    # bottleneck), which keeps the stage cheap next to the backbone.
+    stream_reduction: int = 4
 
 
 @_config_dataclass
@@ -157,6 +160,11 @@ class TrainConfig:
     amp: bool = True
     validate_every: int = 1
     augment: bool = True
+    # Image-only CSV sources (`model.data.read_extra_images`) that supervise the image branch; each
+    # optimiser step adds one batch of extra_identities_per_batch × images_per_identity of them.
+    extra_images: tuple[str, ...] = ()
+    extra_identities_per_batch: int = 16
+    extra_loss_weight: float = 1.0
 
 
 ConfigT = ModelConfig | TrainConfig
