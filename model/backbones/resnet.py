@@ -1,8 +1,8 @@
 """ResNet-50 (bottleneck, stride on the 3×3 convolution) with torchvision's parameter names.
 
 The names (`conv1`, `bn1`, `layer1`..`layer4`, `fc`, `downsample.0/1`) match torchvision's `resnet50`,
-so a state dict saved from it loads with `strict=True`. AXM-Net uses conv1..layer3: 1024 channels at
-stride 16.
+so a state dict saved from it loads with `strict=True`. AXM-Net uses conv1..layer3 (1024 channels) or,
+at `depth: full`, also layer4 with its stride set to 1 (2048 channels); both maps have stride 16.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ class Bottleneck(nn.Module):
 
 
 class ResNet50(nn.Module):
-    """ResNet-50 with its ImageNet head; `forward_features` returns the stride-16 map (after layer3)."""
+    """ResNet-50 with its ImageNet head; `forward_features` returns a stride-16 map (see `truncate`)."""
 
     def __init__(self, num_classes: int = 1000):
         super().__init__()
@@ -63,6 +63,7 @@ class ResNet50(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_channels, num_classes)
         self.out_channels = STRIDE16_CHANNELS
+        self._depth = "stride16"
         self._truncated = False
         self._init_weights()
 
@@ -76,18 +77,34 @@ class ResNet50(nn.Module):
                 nn.init.zeros_(module.bias)
 
     def forward_features(self, x: Tensor) -> Tensor:
-        """Map (B, 3, H, W) normalised images to the (B, 1024, H/16, W/16) stride-16 features."""
+        """Map (B, 3, H, W) normalised images to the stride-16 features: (B, 1024, H/16, W/16) after
+        layer3, or (B, 2048, H/16, W/16) after `truncate("full")` (layer4 with its stride set to 1)."""
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer3(self.layer2(self.layer1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        if self._depth == "stride16":
+            return x
+        return self.layer4(x)
 
     def forward(self, x: Tensor) -> Tensor:
         """Return the (B, num_classes) ImageNet logits; raises after `truncate()`."""
         if self._truncated:
-            raise RuntimeError("ResNet50.forward needs layer4 and the head, which truncate() removed")
+            raise RuntimeError("ResNet50.forward needs the head, which truncate() removed")
         x = self.layer4(self.forward_features(x))
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
-    def truncate(self) -> None:
-        """Drop layer4 and the ImageNet head; only `forward_features` remains."""
-        del self.layer4, self.avgpool, self.fc
+    def truncate(self, depth: str = "stride16") -> None:
+        """Drop the ImageNet head; only `forward_features` remains.
+
+        `stride16` also drops layer4. `full` keeps it with the stride of its first block set to 1, so
+        the 2048-channel map stays at stride 16 (the "last stride 1" practice of re-ID backbones).
+        """
+        if depth == "stride16":
+            del self.layer4
+        else:
+            first = self.layer4[0]
+            first.conv2.stride = (1, 1)
+            first.downsample[0].stride = (1, 1)
+            self.out_channels = 2048
+            self._depth = "full"
+        del self.avgpool, self.fc
         self._truncated = True

@@ -77,22 +77,32 @@ def test_lite0_weights_change_features(lite0):
     assert not torch.allclose(pretrained, random, atol=1e-3)
 
 
+@pytest.mark.parametrize(("depth", "channels"), [("full", 1280), ("stride16", 112)])
 @pytest.mark.parametrize(("height", "width"), [(256, 128), (384, 128), (225, 97)])
-def test_lite0_stride16_shape(height, width):
-    backbone = build_image_backbone(ImageBackboneConfig(weights="random")).eval()
+def test_lite0_stride16_shape(height, width, depth, channels):
+    backbone = build_image_backbone(ImageBackboneConfig(weights="random", depth=depth)).eval()
     with torch.no_grad():
         features = backbone.forward_features(torch.randn(2, 3, height, width))
     # TensorFlow "same" padding: every stride-2 step gives ceil(size / 2).
     expected = (-(-height // 16), -(-width // 16))
-    assert features.shape == (2, 112, *expected)
+    assert features.shape == (2, channels, *expected)
+    assert backbone.out_channels == channels
 
 
-def test_truncated_backbone_has_no_head():
-    backbone = build_image_backbone(ImageBackboneConfig(weights="random"))
+@pytest.mark.parametrize(("depth", "blocks"), [("full", 16), ("stride16", 11)])
+def test_truncated_backbone_has_no_head(depth, blocks):
+    backbone = build_image_backbone(ImageBackboneConfig(weights="random", depth=depth))
     assert not hasattr(backbone, "_fc")
-    assert len(backbone._blocks) == 11
+    assert len(backbone._blocks) == blocks
     with pytest.raises(RuntimeError, match="truncate"):
         backbone(torch.randn(1, 3, 64, 32))
+
+
+def test_full_depth_keeps_imagenet_head():
+    full = build_image_backbone(ImageBackboneConfig(weights="packaged", depth="full"))
+    state = read_state_dict(packaged_efficientnet_lite0_path())
+    assert torch.equal(full._conv_head.weight, state["_conv_head.weight"])
+    assert full._blocks[11]._depthwise_conv.stride == (1, 1)
 
 
 def test_packaged_backbone_equals_file_weights():
@@ -123,11 +133,13 @@ def test_resnet50_state_dict_file_loads_strictly(tmp_path: Path):
     path = tmp_path / "resnet50.pth"
     torch.save(source.state_dict(), path)
 
-    backbone = build_image_backbone(ImageBackboneConfig(name="resnet50", weights=str(path))).eval()
-    assert torch.equal(backbone.layer2[0].conv2.weight, source.layer2[0].conv2.weight)
-    with torch.no_grad():
-        features = backbone.forward_features(torch.randn(1, 3, 128, 64))
-    assert features.shape == (1, 1024, 8, 4)
+    for depth, channels in (("stride16", 1024), ("full", 2048)):
+        config = ImageBackboneConfig(name="resnet50", weights=str(path), depth=depth)
+        backbone = build_image_backbone(config).eval()
+        assert torch.equal(backbone.layer2[0].conv2.weight, source.layer2[0].conv2.weight)
+        with torch.no_grad():
+            features = backbone.forward_features(torch.randn(1, 3, 128, 64))
+        assert features.shape == (1, channels, 8, 4)
 
 
 def test_resnet50_rejects_other_architecture(tmp_path: Path):

@@ -175,7 +175,7 @@ def test_resnet50_random_round_trip(tmp_path):
     path = tmp_path / "resnet.safetensors"
     save_checkpoint(model, path, dtype=torch.float16)
     loaded, _ = load_checkpoint(path)
-    assert loaded.image_backbone.out_channels == 1024
+    assert loaded.image_backbone.out_channels == 2048
     assert loaded.encode_images(crops(2)).shape == (2, 64)
 
 
