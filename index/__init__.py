@@ -1,10 +1,13 @@
 """The gallery: embeddings in FAISS, metadata in SQLite, crops on disk; no torch, no model code."""
 
+from index.faiss_recovery import OpenReport
+from index.faiss_store import FaissGalleryStore, FaissStoreConfig, open_store
 from index.store import (
     EmbedCrops,
     GalleryError,
     GalleryItem,
     GalleryStore,
+    InvalidConfigError,
     InvalidCursorError,
     InvalidItemError,
     ItemNotFoundError,
@@ -16,24 +19,33 @@ from index.store import (
     SearchFilters,
     SearchHit,
     StoreCorruptError,
+    StoreLockedError,
+    StoreNotFoundError,
     WriteResult,
 )
 
 __all__ = [
     "EmbedCrops",
+    "FaissGalleryStore",
+    "FaissStoreConfig",
     "GalleryError",
     "GalleryItem",
     "GalleryStore",
+    "InvalidConfigError",
     "InvalidCursorError",
     "InvalidItemError",
     "ItemNotFoundError",
     "Manifest",
     "ModelMismatchError",
     "NewItem",
+    "OpenReport",
     "Page",
     "ReindexReport",
     "SearchFilters",
     "SearchHit",
     "StoreCorruptError",
+    "StoreLockedError",
+    "StoreNotFoundError",
     "WriteResult",
+    "open_store",
 ]

@@ -11,6 +11,9 @@ Errors, all under `GalleryError`:
     ├── ItemNotFoundError      an id is not in the gallery
     ├── InvalidItemError       an item or query is malformed (bad id, wrong dimension, not normalised)
     ├── InvalidCursorError     a listing cursor was not produced by this store
+    ├── InvalidConfigError     a store option is invalid (an unsupported index spec, a bad tuning value)
+    ├── StoreNotFoundError     no gallery exists at the location and creating one was not allowed
+    ├── StoreLockedError       another writer holds the data directory
     └── StoreCorruptError      the data directory cannot be read and cannot be repaired
 """
 
@@ -50,6 +53,18 @@ class InvalidItemError(GalleryError, ValueError):
 
 class InvalidCursorError(GalleryError, ValueError):
     """Raised when a listing cursor was not produced by this store."""
+
+
+class InvalidConfigError(GalleryError, ValueError):
+    """Raised when a store option is invalid, such as an index spec the backend cannot build."""
+
+
+class StoreNotFoundError(GalleryError):
+    """Raised when no gallery exists at the location and the caller did not allow creating one."""
+
+
+class StoreLockedError(GalleryError):
+    """Raised when another writer holds the data directory; one writer process at a time may open it."""
 
 
 class StoreCorruptError(GalleryError):
@@ -220,7 +235,12 @@ class GalleryStore(abc.ABC):
 
     @abc.abstractmethod
     def reindex(
-        self, embed: EmbedCrops, *, model_identity: str, dim: int, batch_size: int = 64,
+        self,
+        embed: EmbedCrops,
+        *,
+        model_identity: str,
+        dim: int,
+        batch_size: int = 64,
         progress: Callable[[int, int], None] | None = None,
     ) -> ReindexReport:
         """Re-embed every stored crop with `embed` and swap the new embeddings in when all are done.
