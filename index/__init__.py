@@ -21,6 +21,7 @@ from index.store import (
     StoreCorruptError,
     StoreLockedError,
     StoreNotFoundError,
+    StoreUnavailableError,
     WriteResult,
 )
 
@@ -46,6 +47,7 @@ __all__ = [
     "StoreCorruptError",
     "StoreLockedError",
     "StoreNotFoundError",
+    "StoreUnavailableError",
     "WriteResult",
     "open_store",
 ]

@@ -18,12 +18,12 @@ from pymilvus import MilvusClient
 from pymilvus.exceptions import MilvusException
 
 from index.milvus_schema import CollectionConfig, build_index_params, build_schema, new_properties
-from index.store import GalleryError, StoreCorruptError, StoreLockedError
+from index.store import StoreCorruptError, StoreLockedError, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
 
-class MilvusUnavailableError(GalleryError):
+class MilvusUnavailableError(StoreUnavailableError):
     """Raised when the Milvus server cannot be reached or fails a request it should accept."""
 
 

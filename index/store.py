@@ -14,6 +14,7 @@ Errors, all under `GalleryError`:
     ├── InvalidConfigError     a store option is invalid (an unsupported index spec, a bad tuning value)
     ├── StoreNotFoundError     no gallery exists at the location and creating one was not allowed
     ├── StoreLockedError       another writer holds the data directory
+    ├── StoreUnavailableError  the backend (a Milvus server) cannot be reached or failed a request
     └── StoreCorruptError      the data directory cannot be read and cannot be repaired
 """
 
@@ -65,6 +66,10 @@ class StoreNotFoundError(GalleryError):
 
 class StoreLockedError(GalleryError):
     """Raised when another writer holds the data directory; one writer process at a time may open it."""
+
+
+class StoreUnavailableError(GalleryError):
+    """Raised when a remote backend cannot be reached or fails a request it should accept."""
 
 
 class StoreCorruptError(GalleryError):

@@ -1,0 +1,1 @@
+"""HTTP routes, one module per resource: gallery items, searches, and health and metrics."""
