@@ -1,13 +1,20 @@
 #!/usr/bin/env bash
-# Create .venv and install the project into it: `install.sh` for the service, `install.sh test` for
-# the test dependencies too. The CPU build of torch goes first so that no CUDA build is pulled in.
+# Create .venv and install the project into it with the same steps as the Dockerfile:
+# `install.sh` for the service, `install.sh test` for the test dependencies too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet "torch==${AXM_TORCH_VERSION:-2.13.0}"
+extras=()
 if [ "${1:-}" = "test" ]; then
-    .venv/bin/python -m pip install --quiet -e '.[test]'
-else
-    .venv/bin/python -m pip install --quiet -e .
+    extras=(--extra test)
+fi
+.venv/bin/python scripts/install_deps.py "${extras[@]}" --torch-version "${AXM_TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install --quiet --no-deps -e .
+# The browser tests drive Debian's Chromium through Playwright, which downloads no browser of its own.
+if [ "${1:-}" = "test" ] && [ ! -x /usr/bin/chromium ]; then
+    as_root=()
+    [ "$(id -u)" -eq 0 ] || as_root=(sudo)
+    "${as_root[@]}" apt-get update -qq
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
 fi
