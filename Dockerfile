@@ -36,7 +36,6 @@ RUN python scripts/install_deps.py --torch-version "${TORCH_VERSION}" --torch-in
 COPY model/ model/
 COPY index/ index/
 COPY service/ service/
-COPY configs/ configs/
 COPY weights/ weights/
 RUN python -m pip install --no-cache-dir --no-deps . \
     && useradd --system --uid 10001 --home-dir /app --shell /usr/sbin/nologin axm \

@@ -100,6 +100,11 @@ class HeadConfig:
     part_reduction: int = 16
     text_attention_dim: int = 128
     dropout: float = 0.0
+    # AXM variant: add a linear projection of the pooled stem features (GAP of the backbone map, masked
+    # mean of the encoder's token states) to each global vector. The AXM projections start at a tenth of
+    # their default scale, so training starts near the pretrained pooled features and the AXM stage
+    # learns a residual on them.
+    global_skip: bool = True
 
 
 @_config_dataclass
@@ -200,5 +205,7 @@ def load_config(path: str | Path, cls: type[Any] = TrainConfig) -> Any:
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"config file {path} must contain a mapping at the top level, got {type(data).__name__}")
+        raise ConfigError(
+            f"config file {path} must contain a mapping at the top level, got {type(data).__name__}"
+        )
     return config_from_dict(cls, data)

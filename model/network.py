@@ -98,6 +98,19 @@ class AXMNet(nn.Module):
         self.dropout = nn.Dropout(head.dropout)
         self.image_projection = nn.Linear(image_dim, head.embed_dim)
         self.text_projection = nn.Linear(text_dim, head.embed_dim)
+        self.global_skip = config.variant == "axm" and head.global_skip
+        if self.global_skip:
+            # Reconstruction, not the paper: with about a thousand training captions, a freshly
+            # initialised AXM stage alone loses the semantics of the pretrained pooled features
+            # (val Rank-1 fell below the baseline's). The skip keeps them, and the AXM projections,
+            # scaled down but not zero so that every AXM parameter gets a gradient from the first
+            # step, add what the stage learns on top.
+            self.image_skip = nn.Linear(self.image_backbone.out_channels, head.embed_dim)
+            self.text_skip = nn.Linear(self.text_encoder.hidden_size, head.embed_dim)
+            with torch.no_grad():
+                for projection in (self.image_projection, self.text_projection):
+                    projection.weight.mul_(0.1)
+                    projection.bias.zero_()
         if config.num_classes > 0:
             self._build_training_heads(config)
 
@@ -161,13 +174,16 @@ class AXMNet(nn.Module):
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.config.image.trainable):
             feature_map = self.image_backbone.forward_features(images)  # (B, C_backbone, H/16, W/16)
 
+        stem_pooled = feature_map.mean(dim=(2, 3))  # (B, C_backbone)
         if self.config.variant == "axm":
             feature_map = self.axm.forward_image(feature_map)  # (B, C, h, w)
             pooled, parts = self.part_head(feature_map)  # (B, C), (B, K, C)
             output.image_part_features = self.part_projection(self.dropout(parts))  # (B, K, D_part)
         else:
-            pooled = feature_map.mean(dim=(2, 3))
+            pooled = stem_pooled
         output.image_features = self.image_projection(self.dropout(pooled))  # (B, D)
+        if self.global_skip:
+            output.image_features = output.image_features + self.image_skip(self.dropout(stem_pooled))
 
         if self.config.num_classes > 0:
             output.image_logits = self.classifier(self.image_bnneck(output.image_features))
@@ -183,13 +199,16 @@ class AXMNet(nn.Module):
         hidden_states = self.text_encoder(tokens)  # (B, L, H)
         mask = tokens.attention_mask.bool()  # (B, L)
 
+        stem_pooled = masked_mean(hidden_states.transpose(1, 2), mask)  # (B, H)
         if self.config.variant == "axm":
             sequence = self.axm.forward_text(hidden_states, mask)  # (B, C, L)
             sequence = self.text_attention(sequence, mask)
             pooled = masked_max(sequence, mask)  # (B, C)
         else:
-            pooled = masked_mean(hidden_states.transpose(1, 2), mask)  # (B, H)
+            pooled = stem_pooled
         output.text_features = self.text_projection(self.dropout(pooled))  # (B, D)
+        if self.global_skip:
+            output.text_features = output.text_features + self.text_skip(self.dropout(stem_pooled))
 
         if self.config.num_classes > 0:
             output.text_logits = self.classifier(self.text_bnneck(output.text_features))

@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--extra-images", action="store_true", help="also train on the uncaptioned CUHK01 crops"
     )
+    parser.add_argument(
+        "--fine-tune", action="store_true", help="train the image backbone too (the config freezes it)"
+    )
     parser.add_argument("--out", type=Path, help="write the figures as JSON to this file")
     return parser.parse_args(argv)
 
@@ -82,6 +85,9 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     config = dataclasses.replace(
         config, epochs=args.epochs, amp=True, extra_images=tuple(extras), validate_every=10**6
     )
+    if args.fine_tune:
+        image = dataclasses.replace(config.model.image, trainable=True)
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, image=image))
 
     runtime = setup_runtime(args.device, amp=True)
     seed_everything(config.seed)
@@ -111,6 +117,7 @@ def check(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "device": torch.cuda.get_device_name(runtime.device),
         "amp_dtype": str(runtime.amp_dtype),
+        "backbone": "fine-tuned" if config.model.image.trainable else "frozen, cached feature maps",
         "train_samples_per_second": epochs[-1]["samples_per_second"],
         "train_epoch_seconds": [epoch["seconds"] for epoch in epochs],
         "train_losses": epochs[-1]["losses"],

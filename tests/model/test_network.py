@@ -177,6 +177,8 @@ def test_one_step_reaches_every_axm_parameter():
         "part_projection",
         "part_classifiers",
         "classifier",
+        "image_skip",
+        "text_skip",
     ):
         for name, parameter in getattr(model, module_name).named_parameters():
             assert parameter.grad is not None, f"{module_name}.{name} got no gradient"
