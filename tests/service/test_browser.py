@@ -561,21 +561,23 @@ def test_description_search_grid(search_page: SearchPage, gallery: Gallery):
 def test_description_finds_person(search_page: SearchPage, gallery: Gallery, checkpoint: Path):
     if checkpoint != SHIPPED_CHECKPOINT:
         pytest.skip(f"retrieval quality needs the shipped weights {SHIPPED_CHECKPOINT}")
+    person_of = {gallery.id_of(crop): crop.person for crop in gallery.crops}
     search_page.open()
-    # One crop of each of three persons, from both cameras. Each caption describes that crop.
-    queries = [gallery.crops[0], gallery.crops[6], gallery.crops[13]]
+    # Every crop's first caption is a query over the whole grid; a query's rank is that of the first
+    # card of the described person. With 4 crops of each of 8 persons, a random ranking puts the person
+    # first for 1 query in 8 and at rank (32 + 1) / (4 + 1) = 6.6 on average. The shipped model's val
+    # Rank-1 is about 10% over 332 images (83 persons), so it must do clearly better here.
+    ranks = []
+    for crop in gallery.crops:
+        cards = search_page.search(caption_of(crop), top_k=4 * PERSONS)
+        persons = [person_of[card["id"]] for card in cards]
+        ranks.append(persons.index(crop.person) + 1)
 
-    ranks = {}
-    for crop in queries:
-        cards = search_page.search(caption_of(crop), top_k=20)
-        ids = [card["id"] for card in cards]
-        ranks[gallery.id_of(crop)] = (
-            ids.index(gallery.id_of(crop)) + 1 if gallery.id_of(crop) in ids else None
-        )
-
-    assert None not in ranks.values(), f"rank of each described crop among {4 * PERSONS}: {ranks}"
+    chance_rank1 = len(ranks) / PERSONS
+    assert sum(rank == 1 for rank in ranks) >= 2 * chance_rank1, f"first-hit ranks: {ranks}"
+    assert sum(ranks) / len(ranks) < (4 * PERSONS + 1) / 5, f"first-hit ranks: {ranks}"
     if os.environ.get("AXM_DOCS_SCREENSHOT") == "1":
-        search_page.search(caption_of(queries[0]), top_k=20)
+        search_page.search(caption_of(gallery.crops[0]), top_k=20)
         search_page.wait_for_crops()
         search_page.page.screenshot(path=str(DOCS_SCREENSHOT))
 
