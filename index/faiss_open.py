@@ -152,7 +152,7 @@ def _must_create_database(
             "move the directory away to start a new gallery"
         )
     if read_only or not create:
-        raise StoreNotFoundError(f"no gallery at {directory}; open it with create=True to create one")
+        raise StoreNotFoundError(f"no gallery at {directory}; ingest crops to create one there")
     return True
 
 

@@ -215,7 +215,7 @@ class FaissGalleryStore(FaissMaintenanceMixin, FaissReindexMixin, GalleryStore):
             raise InvalidConfigError(f"gallery path {directory} is a file; pass a directory")
         if not directory.exists():
             if read_only or not create:
-                raise StoreNotFoundError(f"no gallery at {directory}; open it with create=True to create one")
+                raise StoreNotFoundError(f"no gallery at {directory}; ingest crops to create one there")
             directory.mkdir(parents=True)
         lock = None if read_only else WriterLockFile(directory / LOCK_NAME)
         if lock is not None:

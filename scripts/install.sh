@@ -9,7 +9,10 @@ extras=()
 if [ "${1:-}" = "test" ]; then
     extras=(--extra test)
 fi
-.venv/bin/python scripts/install_deps.py "${extras[@]}" --torch-version "${AXM_TORCH_VERSION:-2.13.0}"
+# AXM_TORCH_INDEX_URL picks the index torch comes from, e.g. https://download.pytorch.org/whl/cpu where
+# pip's default index serves the CUDA build; empty means pip's own index and configuration.
+.venv/bin/python scripts/install_deps.py "${extras[@]}" --torch-version "${AXM_TORCH_VERSION:-2.13.0}" \
+    --torch-index-url "${AXM_TORCH_INDEX_URL:-}"
 .venv/bin/python -m pip install --quiet --no-deps -e .
 # The browser tests drive Debian's Chromium through Playwright, which downloads no browser of its own.
 if [ "${1:-}" = "test" ] && [ ! -x /usr/bin/chromium ]; then

@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # FAISS logs each CPU-specific build it fails to import, and httpx every request; neither is news
+    # to an operator at INFO.
+    for name in ("faiss.loader", "httpx"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger().level))
     return int(args.run(args) or 0)
 
 

@@ -95,7 +95,7 @@ def search_local(args: argparse.Namespace) -> int:
     """Load the model, open the gallery read-only and print the ranking."""
     from pydantic import ValidationError
 
-    from index.store import GalleryError
+    from index.store import GalleryError, StoreNotFoundError
     from model.errors import ModelError
     from service.engine import open_engine
     from service.errors import ServiceError, describe
@@ -109,6 +109,12 @@ def search_local(args: argparse.Namespace) -> int:
 
     try:
         engine = open_engine(settings, read_only=True)
+    except StoreNotFoundError as e:
+        return fail(
+            "search",
+            f"{e} (`axm ingest DIR` or POST /gallery), pass --data-dir for a gallery elsewhere, "
+            "or --url to ask a running service",
+        )
     except (ServiceError, GalleryError, ModelError) as e:
         return fail("search", describe(e).detail)
     try:
