@@ -306,7 +306,7 @@ def test_read_only_store_sits_beside_writer(tmp_path):
 
 
 def test_missing_gallery_is_not_created_when_forbidden(tmp_path):
-    with pytest.raises(StoreNotFoundError, match="create=True"):
+    with pytest.raises(StoreNotFoundError, match="no gallery at"):
         open_faiss(tmp_path / "absent", create=False)
     with pytest.raises(StoreNotFoundError):
         open_faiss(tmp_path / "absent", read_only=True)
