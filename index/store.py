@@ -29,7 +29,7 @@ from typing import Any, Literal
 import numpy as np
 
 SCHEMA_VERSION = 1
-# Longest external id accepted; ids are opaque strings such as "cam3/2026-12-01T10:00:00Z/track17".
+# Maximum length of an external id; ids are opaque strings such as "cam3/2026-12-01T10:00:00Z/track17".
 MAX_ID_LENGTH = 512
 
 
@@ -65,7 +65,7 @@ class StoreNotFoundError(GalleryError):
 
 
 class StoreLockedError(GalleryError):
-    """Raised when another writer holds the data directory; one writer process at a time may open it."""
+    """Raised when another writer process has the data directory open; one writer process at a time may open it."""
 
 
 class StoreUnavailableError(GalleryError):
@@ -189,7 +189,7 @@ class GalleryStore(abc.ABC):
     @property
     @abc.abstractmethod
     def manifest(self) -> Manifest:
-        """The manifest as of now (the count is current)."""
+        """Current manifest, with the item count as of this call."""
 
     @abc.abstractmethod
     def upsert(self, items: Sequence[NewItem]) -> list[WriteResult]:

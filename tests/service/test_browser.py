@@ -18,7 +18,6 @@ import hashlib
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from service_helpers import free_port
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="playwright is not installed; run scripts/install.sh test"
@@ -70,12 +70,6 @@ UI_TIMEOUT_MS = 60_000
 
 
 # ---- Service -------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @dataclass
